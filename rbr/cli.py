@@ -22,6 +22,8 @@ _COMMAND_MODULES = (
     "rbr.commands",
     "distill.teacher_cli",
     "distill.student_cli",
+    "distill.report",
+    "distill.quickstart",
     "runtime.cli",
     "bench.cli",
 )

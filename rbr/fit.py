@@ -342,6 +342,7 @@ def fit_weights(data: FitData, spec: Spec, config: FitConfig = FitConfig()) -> t
         raise DataError(f"cannot ignore unknown feature(s) {', '.join(unknown)}; features are {', '.join(feature_names)}.")
     frozen = np.isin(feature_names, config.ignore_features)
     prior = _prior_weights(spec, feature_names, config)
+    class_columns = np.arange(len(spec.proposition_names), len(feature_names))
     prior[:, frozen] = 0.0
     if config.pairing == "cross-prompt" and data.has_base_reward:
         log.warning("cross-prompt pairing ignores base rewards: rewards of different prompts are not comparable")
@@ -374,6 +375,7 @@ def fit_weights(data: FitData, spec: Spec, config: FitConfig = FitConfig()) -> t
         if len(better):
             objective = lambda w: hinge_objective(w, x, base, better, worse, margin, config.weight_decay, prior[r])  # noqa: E731
             weights[r] = _adam(objective, prior[r].copy(), config.steps, config.learning_rate, frozen)
+            weights[r] = _center_class_weights(weights[r], prior[r], class_columns, frozen)
         else:
             weights[r] = prior[r]
         report.update(_evaluate_pairs(weights[r], *fitted["val"]))
@@ -398,6 +400,22 @@ def fit_weights(data: FitData, spec: Spec, config: FitConfig = FitConfig()) -> t
     }
     result = RbrWeights(spec.hash(), tuple(feature_names), spec.response_types, weights, metadata)
     return result, FitReport(per_type, time.perf_counter() - start)
+
+
+def _center_class_weights(w: np.ndarray, prior: np.ndarray, class_columns: np.ndarray, frozen: np.ndarray) -> np.ndarray:
+    """Remove the common offset of the class weights from the prior.
+
+    Class probabilities of a row sum to 1, so adding a constant to every class weight
+    shifts all rewards of the response type equally and changes no pair's hinge term.
+    Adam scales each coordinate separately and drifts along that direction; removing
+    the offset keeps rewards of different response types on a common level and only
+    lowers the weight-decay term. Skipped when a class weight is frozen.
+    """
+    if frozen[class_columns].any():
+        return w
+    w = w.copy()
+    w[class_columns] -= np.mean(w[class_columns] - prior[class_columns])
+    return w
 
 
 def _prior_weights(spec: Spec, feature_names: list[str], config: FitConfig) -> np.ndarray:
