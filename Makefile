@@ -27,7 +27,7 @@ quickstart: setup
 	$(BIN)/rbr quickstart
 
 bench: setup
-	$(BIN)/python -m pytest bench --benchmark-only -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest bench --benchmark-enable --benchmark-only $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

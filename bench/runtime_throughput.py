@@ -4,7 +4,7 @@ Run: python -m bench.runtime_throughput BUNDLE [--data FILE] [--batch-sizes 1,8,
 
 Each call size b scores the data in calls of b conversations (cycling through the data
 to fill the last call), after one warm-up call. Inside a call the scorer still sorts
-by length and splits by its token budget (16384 tokens by default), so large calls of
+by length and splits by its token budget (2048 tokens by default on CPU), so large calls of
 long conversations run as several forward passes. The time includes tokenisation,
 the ONNX forward passes and the RBR math. Prints a Markdown table with the process's
 peak RSS after each call size; the RSS column only grows, because it is a peak.
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rbr.data import read_conversations
-from runtime.scorer import DEFAULT_TOKEN_BUDGET, Scorer
+from runtime.scorer import DEFAULT_TOKEN_BUDGET_CPU, Scorer
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rbr-gold" / "test.jsonl"
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,8,64,256", help="comma-separated call sizes (default 1,8,64,256)")
     parser.add_argument("--variant", default="auto", choices=["auto", "fp32", "int8", "fp16"], help="model variant")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
-    parser.add_argument("--token-budget", type=int, default=DEFAULT_TOKEN_BUDGET, help="tokens per forward pass")
+    parser.add_argument("--token-budget", type=int, default=DEFAULT_TOKEN_BUDGET_CPU, help="tokens per forward pass")
     args = parser.parse_args(argv)
 
     conversations = read_conversations(args.data)

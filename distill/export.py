@@ -274,7 +274,14 @@ def _run_session(session: Any, batches: Sequence[dict[str, np.ndarray]]) -> np.n
     return np.concatenate(outputs).astype(np.float32)  # (N, K)
 
 
-def compare(variant: str, reference: np.ndarray, candidate: np.ndarray, propositions: Sequence[str], provider: str) -> VariantParity:
+def compare(
+    variant: str,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    propositions: Sequence[str],
+    provider: str,
+    min_agreement: float = MIN_HEAD_AGREEMENT,
+) -> VariantParity:
     """Max |difference| and per-proposition decision agreement of a variant against PyTorch."""
     diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))  # (N, K)
     agree = (candidate >= DECISION_THRESHOLD) == (reference >= DECISION_THRESHOLD)  # (N, K)
@@ -285,10 +292,10 @@ def compare(variant: str, reference: np.ndarray, candidate: np.ndarray, proposit
         passed = max_diff <= FP32_MAX_ABS_DIFF
         reason = "" if passed else f"max |difference| {max_diff:.2e} exceeds {FP32_MAX_ABS_DIFF:.0e}"
     else:
-        passed = float(per_head[worst]) >= MIN_HEAD_AGREEMENT
+        passed = float(per_head[worst]) >= min_agreement
         reason = "" if passed else (
             f"decision agreement for {propositions[worst]!r} is {per_head[worst]:.3f}, "
-            f"below {MIN_HEAD_AGREEMENT}"
+            f"below {min_agreement}"
         )
     return VariantParity(
         variant=variant,
@@ -303,7 +310,9 @@ def compare(variant: str, reference: np.ndarray, candidate: np.ndarray, proposit
     )
 
 
-def _check_fp16(path: Path, reference: np.ndarray, batches: Sequence[dict[str, np.ndarray]], propositions: Sequence[str]) -> VariantParity:
+def _check_fp16(
+    path: Path, reference: np.ndarray, batches: Sequence[dict[str, np.ndarray]], propositions: Sequence[str], min_agreement: float
+) -> VariantParity:
     """Check fp16 on CUDA when a GPU works, else on the CPU provider if ORT can run the graph there."""
     import onnxruntime as ort
 
@@ -323,7 +332,7 @@ def _check_fp16(path: Path, reference: np.ndarray, batches: Sequence[dict[str, n
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types per provider
             failures.append(f"{providers[0]}: {str(exc).splitlines()[0][:200]}")
             continue
-        return compare("fp16", reference, candidate, propositions, provider)
+        return compare("fp16", reference, candidate, propositions, provider, min_agreement)
     return VariantParity(
         variant="fp16", checked=False, passed=False,
         reason="unchecked: no execution provider here can run the fp16 graph (" + "; ".join(failures) + ")",
@@ -351,6 +360,7 @@ def export_bundle(
     fp16: bool = False,
     parity_conversations: Sequence[Conversation] | None = None,
     parity_batch_size: int = PARITY_BATCH_SIZE,
+    min_agreement: float = MIN_HEAD_AGREEMENT,
 ) -> ExportReport:
     """Export a student folder to a bundle folder with fp32 and optional int8/fp16 graphs.
 
@@ -358,8 +368,11 @@ def export_bundle(
     parity checks; without them, 64 synthetic conversations of spread lengths are used.
     A one-token reply and a max-length input are always added. Raises ExportError if
     the fp32 graph differs from PyTorch by more than 1e-4 in P(yes). A failing int8 or
-    fp16 variant is left out and listed in `ExportReport.rejected`.
+    fp16 variant (worst per-proposition decision agreement below `min_agreement`) is
+    left out and listed in `ExportReport.rejected`.
     """
+    if not 0.0 <= min_agreement <= 1.0:
+        raise ExportError(f"min_agreement={min_agreement} is not a share; use a value in [0, 1], for example 0.99.")
     from distill.student import configure_threads, load_student
 
     started = time.perf_counter()
@@ -381,7 +394,7 @@ def export_bundle(
     scratch = Path(tempfile.mkdtemp(prefix="rbr-export-"))
     try:
         with _quiet_onnx_tools():
-            report = _build(student, work, scratch, batches, reference, propositions, int8, fp16)
+            report = _build(student, work, scratch, batches, reference, propositions, int8, fp16, min_agreement)
         report.parity_rows = len(reference)
 
         # write the tokenizer and the manifest, then move the finished bundle into place
@@ -412,7 +425,7 @@ def export_bundle(
 
 
 def _build(student: Any, work: Path, scratch: Path, batches: list, reference: np.ndarray,
-           propositions: list[str], int8: bool, fp16: bool) -> ExportReport:
+           propositions: list[str], int8: bool, fp16: bool, min_agreement: float) -> ExportReport:
     """Write the graphs into `work` and check each; raise ExportError if fp32 fails."""
     from transformers import AutoConfig
 
@@ -440,12 +453,12 @@ def _build(student: Any, work: Path, scratch: Path, batches: list, reference: np
         path = work / MODEL_FILES["int8"]
         _quantize_int8(fp32_path, path)
         session, provider = _open_session(path, ["CPUExecutionProvider"])
-        parity["int8"] = compare("int8", reference, _run_session(session, batches), propositions, provider)
+        parity["int8"] = compare("int8", reference, _run_session(session, batches), propositions, provider, min_agreement)
         _keep_or_reject(parity["int8"], path, models, rejected)
     if fp16:
         path = work / MODEL_FILES["fp16"]
         _convert_fp16(fp32_path, path)
-        parity["fp16"] = _check_fp16(path, reference, batches, propositions)
+        parity["fp16"] = _check_fp16(path, reference, batches, propositions, min_agreement)
         _keep_or_reject(parity["fp16"], path, models, rejected)
     return ExportReport(bundle_dir=work, models=models, fused_nodes=fused, parity=parity,
                         parity_rows=len(reference), seconds=0.0, rejected=rejected)

@@ -187,7 +187,8 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Export the student to ONNX with P(yes) as the one output, fuse it for ONNX Runtime, and "
             "check it against PyTorch on padded batches of mixed lengths: fp32 must match within 1e-4, "
-            "int8 and fp16 must agree with PyTorch on at least 99%% of decisions per proposition. A "
+            "int8 and fp16 must agree with PyTorch on at least 99%% of decisions per proposition "
+            "(--min-agreement). A "
             "variant that fails is not written; exits 1 when fp32 fails."
         ),
     )
@@ -197,6 +198,10 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fp16", action="store_true", help="add an fp16 graph (for CUDA)")
     parser.add_argument("--data", help="conversations JSONL file whose rows are the parity inputs (default: synthetic rows)")
     parser.add_argument("--limit", type=int, help="use only the first N conversations of --data")
+    parser.add_argument(
+        "--min-agreement", type=float, default=0.99,
+        help="share of decisions (P(yes) >= 0.5) per proposition that int8 and fp16 must share with PyTorch (default 0.99)",
+    )
     parser.set_defaults(handler=_run_export)
 
 
@@ -205,7 +210,9 @@ def _run_export(args: argparse.Namespace) -> int:
     from rbr.data import read_conversations
 
     conversations = read_conversations(args.data, limit=args.limit) if args.data else None
-    report = export_bundle(args.student, args.out, int8=args.int8, fp16=args.fp16, parity_conversations=conversations)
+    report = export_bundle(
+        args.student, args.out, int8=args.int8, fp16=args.fp16, parity_conversations=conversations, min_agreement=args.min_agreement
+    )
 
     fused = ", ".join(f"{op} {n}" for op, n in report.fused_nodes.items()) or "none"
     print(f"wrote {report.bundle_dir} in {report.seconds:.1f} s: {', '.join(f'{v} {f}' for v, f in report.models.items())}")

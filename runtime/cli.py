@@ -60,15 +60,15 @@ def _add_scorer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default="auto", choices=["auto", "fp32", "int8", "fp16"], help=VARIANT_HELP)
     parser.add_argument("--weights", help="RBR weights JSON from `rbr fit` (default: the bundle's own)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
-    parser.add_argument("--token-budget", type=int, help="tokens per forward pass, batch size x padded length (default 16384)")
+    parser.add_argument("--token-budget", type=int, help="tokens per forward pass, batch size x padded length (default 2048 on CPU, 65536 on CUDA)")
 
 
 def _scorer(args: argparse.Namespace):
-    from runtime.scorer import DEFAULT_TOKEN_BUDGET, Scorer
+    from runtime.scorer import Scorer
 
     return Scorer(
         args.bundle, variant=args.variant, weights=args.weights, intra_op_threads=args.threads,
-        token_budget=args.token_budget or DEFAULT_TOKEN_BUDGET,
+        token_budget=args.token_budget,
     )
 
 

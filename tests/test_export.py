@@ -118,3 +118,18 @@ def test_compare_fp32_uses_abs_gate():
     reference = np.full((4, 3), 0.3, dtype=np.float32)
     assert compare("fp32", reference, reference + 5e-5, ["a", "b", "c"], "cpu").passed is True
     assert compare("fp32", reference, reference + 1e-3, ["a", "b", "c"], "cpu").passed is False
+
+
+def test_compare_min_agreement_is_configurable():
+    reference = np.array([[0.9], [0.8], [0.7], [0.2]], dtype=np.float32)
+    candidate = reference.copy()
+    candidate[3, 0] = 0.6  # one flipped decision out of four
+    assert compare("int8", reference, candidate, ["a"], "cpu", min_agreement=0.75).passed is True
+    assert compare("int8", reference, candidate, ["a"], "cpu", min_agreement=0.76).passed is False
+
+
+def test_export_rejects_invalid_min_agreement(tiny_student, tmp_path):
+    from distill.export import ExportError, export_bundle
+
+    with pytest.raises(ExportError, match="min_agreement=1.5"):
+        export_bundle(tiny_student, tmp_path / "bundle", min_agreement=1.5)
