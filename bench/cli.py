@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from bench.run import cmd_bench, default_data
 
-    args.argv = [a for a in sys.argv[2:]] if len(sys.argv) > 1 and sys.argv[1] == "bench" else []
+    # the command line as typed, recorded in BENCHMARKS.md next to the figures
+    args.command_line = "rbr " + " ".join(sys.argv[1:])
     if args.data is None:
         args.data = str(default_data())
     return cmd_bench(args)

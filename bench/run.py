@@ -55,10 +55,11 @@ def _timed(fn) -> float:
 
 
 def encoder_flops(batch: int, tokens: int, layers: int, hidden: int, intermediate: int, heads_out: int) -> float:
-    """Multiply-add FLOPs (2 per MAC) of a BERT-style encoder forward pass on a padded batch.
+    """Count the FLOPs (2 per multiply-add) of a BERT-style encoder pass on a padded batch.
 
-    Per token and layer: Q, K, V and output projections (4 H^2 MACs), the feed-forward
-    block (2 H I MACs) and attention scores and mixing (2 T H MACs); plus the heads.
+    Per token and layer there are the Q, K, V and output projections (4 H^2 MACs), the
+    feed-forward block (2 H I MACs) and attention scores and mixing (2 T H MACs). The
+    heads add H K MACs per sequence.
     """
     per_token_layer = 4 * hidden * hidden + 2 * hidden * intermediate + 2 * tokens * hidden
     macs = batch * tokens * layers * per_token_layer + batch * hidden * heads_out
@@ -365,7 +366,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 1
     report, figures = build_report(results, args, peak, shape, human, spec.proposition_names)
     charts = write_charts(figures, Path(args.charts))
-    command = "rbr bench " + " ".join(args.argv)
+    command = getattr(args, "command_line", "rbr bench")
     header = [
         f"## Distilled scorer against LLM grading (`rbr bench`)", "",
         f"Command: `{command}`  ",

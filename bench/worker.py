@@ -138,7 +138,7 @@ def _runtime_scorer(system: str, bundle: str, shapes: list):
 
 
 def _raw_session_scorer(bundle: str, shapes: list):
-    """A bare session on inputs tokenised, sorted and padded before the clock starts.
+    """Build a bare ONNX Runtime session fed inputs tokenised, sorted and padded in advance.
 
     Batches are split by the runtime's token budget, so both run the same shapes and
     the difference is the runtime's own overhead (tokenisation, batching, RBR math).

@@ -1,6 +1,6 @@
 """The bundle manifest: what a deployable scorer folder contains, checked on load.
 
-A bundle folder holds ONNX model variants, `tokenizer.json` and `manifest.json`.
+A bundle folder contains ONNX model variants, `tokenizer.json` and `manifest.json`.
 The manifest records the format version, the proposition order of the model's one
 output, the spec itself and its hash, the rendering settings, the RBR weights when
 fitted, library versions and the sha256 of every other file. `load_manifest`
@@ -181,7 +181,7 @@ def _verify_files(bundle_dir: Path, files: Mapping[str, str]) -> None:
         actual = sha256_file(file_path)
         if actual != expected:
             raise BundleError(
-                f"{bundle_dir}: checksum mismatch for {name} (sha256 {actual[:12]}..., manifest says "
+                f"{bundle_dir}: checksum mismatch for {name} (sha256 {actual[:12]}..., manifest records "
                 f"{expected[:12]}...); the file was modified or corrupted. Re-export the bundle."
             )
 

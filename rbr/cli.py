@@ -2,9 +2,9 @@
 
 Subcommands of this package (spec, classes, fit) are defined here. Subcommands that
 need the heavy packages are registered by small modules of `distill`, `runtime` and
-`bench` that import only argparse at module level; their handlers import torch,
-transformers or onnxruntime when they run, so `rbr spec check` stays fast and works
-in an install without torch.
+`bench`, which import only argparse at module level. Their handlers import torch,
+transformers or onnxruntime when they run, so `rbr spec check` stays fast and works in
+an install without torch.
 """
 
 from __future__ import annotations

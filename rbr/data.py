@@ -45,7 +45,7 @@ class Conversation:
 
 
 def content_hash(value: Any) -> str:
-    """A 16-hex-digit sha256 of a JSON value, stable across runs and machines."""
+    """Hash a JSON value to 16 hex digits of its sha256, stable across runs and machines."""
     blob = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 

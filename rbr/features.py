@@ -4,8 +4,8 @@ Independence assumption: the P(yes) of the simple propositions are treated as
 independent, so the probability of a conjunction is the product of its literals'
 probabilities, and a negated literal contributes 1 - p. A derived proposition used
 inside another conjunction is treated as one more independent literal, even when it
-shares simple propositions with its neighbours; the class probabilities are
-therefore normalised over the classes of the row's response type. With P(yes) in
+shares simple propositions with its neighbours. The class probabilities therefore do
+not always sum to 1, so they are normalised over the classes of the row's response type. With P(yes) in
 {0, 1} every product is exact boolean logic.
 """
 

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from rbr.data import check_probability, content_hash, iter_jsonl
-from rbr.errors import DataError
+from rbr.errors import DataError, SpecError
 from rbr.features import FeatureModel
 from rbr.reward import RbrWeights, class_order_weights
 from rbr.spec import Spec, response_type_key
@@ -122,7 +122,7 @@ def load_fit_rows(
             raise DataError(f"{where}: missing response_type; expected one of {', '.join(spec.response_types)}.")
         try:
             rt = spec.response_type_index(rt_name)
-        except Exception as exc:  # SpecError: rephrase with the row
+        except SpecError as exc:
             raise DataError(f"{where}: {exc}") from None
         rt_list.append(rt)
 
@@ -221,7 +221,7 @@ def _parse_features(raw: Any, feature_names: list[str], where: str) -> list[floa
 
 
 def prompt_pairs(prompt_key: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (better, worse) index pairs within each prompt whose ranks differ."""
+    """Build every (better, worse) index pair within a prompt whose ranks differ."""
     order = np.lexsort((rank, prompt_key))  # by prompt, then best first
     keys = prompt_key[order]
     ranks = rank[order]
@@ -243,7 +243,7 @@ def prompt_pairs(prompt_key: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, 
 
 
 def cross_prompt_pairs(rank: np.ndarray, cap: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(better, worse) pairs across prompts: every label pair, all pairs or `cap` sampled ones."""
+    """Build (better, worse) pairs across prompts: for each label pair, all pairs or `cap` sampled ones."""
     levels = np.unique(rank)
     members = {r: np.flatnonzero(rank == r) for r in levels}
     better, worse = [], []
@@ -407,9 +407,9 @@ def _center_class_weights(w: np.ndarray, prior: np.ndarray, class_columns: np.nd
 
     Class probabilities of a row sum to 1, so adding a constant to every class weight
     shifts all rewards of the response type equally and changes no pair's hinge term.
-    Adam scales each coordinate separately and drifts along that direction; removing
-    the offset keeps rewards of different response types on a common level and only
-    lowers the weight-decay term. Skipped when a class weight is frozen.
+    Adam scales each coordinate separately, so it drifts along that direction. Removing
+    the offset keeps rewards of different response types on a common level, and it
+    only lowers the weight-decay term. Skipped when a class weight is frozen.
     """
     if frozen[class_columns].any():
         return w

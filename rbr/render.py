@@ -6,10 +6,10 @@ tokenizer's own post-processor adds the special tokens ([CLS] A [SEP] B [SEP] fo
 BERT), so any Hugging Face encoder's tokenizer works.
 
 Truncation, when the pair exceeds `max_length` tokens:
-- the completion is kept whole up to `reply_max_tokens` (max_length minus the special
-  tokens minus `context_min_tokens`); beyond that its head is kept, because refusals,
-  apologies and the first steps of any disallowed content appear early;
-- the conversation gets the remaining tokens and loses its oldest tokens first.
+- the completion is kept whole up to `reply_max_tokens`, which is max_length minus the
+  special tokens minus `context_min_tokens`. A longer completion keeps its head,
+  because refusals, apologies and the first steps of any disallowed content appear early.
+- The conversation gets the remaining tokens and loses its oldest tokens first.
 
 Both sides are truncated by this module before the special tokens are added, so a
 reply longer than the limit never triggers the tokenizer's pair-truncation error.
@@ -31,7 +31,7 @@ RENDER_VERSION = 1
 
 @dataclass(frozen=True)
 class RenderSettings:
-    """How conversations become token ids; stored in the bundle manifest."""
+    """Settings that turn conversations into token ids; stored in the bundle manifest."""
 
     max_length: int = 512  # tokens per input, special tokens included
     context_min_tokens: int = 64  # tokens kept for the conversation when the reply is long

@@ -49,7 +49,7 @@ class Literal:
 
 @dataclass(frozen=True)
 class SimpleProposition:
-    """A yes/no statement about the completion that a grader answers."""
+    """A yes/no statement about the completion, graded by the teacher or the student."""
 
     name: str
     question: str

@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 VARIANTS = ("auto", "fp32", "int8", "fp16")
 # Tokens per forward pass (batch size x padded length). On a 2-core CPU, 167 Gold test
 # conversations scored 38.6, 37.2, 35.2 and 31.5 conversations/s with budgets of 512,
-# 2048, 4096 and 16384 tokens, at peak RSS 212, 305, 413 and 1249 MB: big CPU batches
-# gain nothing and the activations of a large batch dominate memory. A GPU needs big
+# 2048, 4096 and 16384 tokens, at peak RSS 212, 305, 413 and 1249 MB. Big CPU batches
+# gain nothing, and the activations of a large batch dominate memory. A GPU needs big
 # batches to be busy.
 DEFAULT_TOKEN_BUDGET_CPU = 2048
 DEFAULT_TOKEN_BUDGET_CUDA = 65536
